@@ -9,6 +9,7 @@ from scipy.special import logsumexp
 
 import flowtools as ft
 from flowtools import sgd
+from flowtools.sgd import _engine
 
 
 def _separable(n, d, seed, margin=0.3):
@@ -249,6 +250,18 @@ def test_dt_records_spread_in_flow_time(net, ds, theta0):
     assert len(trace) - 1 >= 0.5 * trace.t[-1] / dt
 
 
+def test_one_compilation_per_configuration(net, ds, theta0):
+    """Chunks, renormalizations, the final record and a repeated run share one
+    compiled engine: `run` only compiles again for a new configuration."""
+    kwargs = dict(batch_size=2, seed=1, record={"log_points": 5, "dt": 0.1}, chunk=64)
+    before = _engine._run_chunk._cache_size()
+    sgd.run(net, ds, theta0, 0.05, 300, **kwargs)
+    after_first = _engine._run_chunk._cache_size()
+    assert after_first <= before + 1
+    sgd.run(net, ds, theta0, 0.03, 300, **kwargs)
+    assert _engine._run_chunk._cache_size() == after_first
+
+
 # ------------------------------------------------------ late stage and margins
 
 
@@ -344,7 +357,7 @@ def test_divergence_is_reported(net, ds, tmp_path):
     theta0 = net.init(jax.random.key(0), scale=3.0)
     path = tmp_path / "ckpt.npz"
     with pytest.raises(sgd.SGDDivergenceError, match="step size 1000") as info:
-        sgd.run(net, ds, theta0, 1e3, 500, checkpoint=path, chunk=64)
+        sgd.run(net, ds, theta0, 1e3, 500, batch_size=2, checkpoint=path, chunk=64)
     err = info.value
     assert err.step == 1e3 and 0 <= err.step_reached < 500
     assert "smaller step" in str(err)
@@ -372,6 +385,7 @@ def test_warmup_phase_is_recorded(net, ds):
         theta0,
         0.05,
         1500,
+        batch_size=2,
         warmup=sgd.Warmup("logistic"),
         record=sgd.Record(log_points=0, every=50),
         chunk=128,

@@ -18,6 +18,7 @@ $\log a \leftarrow \log a + \log\|z\|$) once per chunk, at fixed global steps.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -114,6 +115,15 @@ def _margins(cfg: Config, z, X, y):
 def permutation(key, epoch, n):
     """The sample order of one epoch for `sampling="reshuffle"`."""
     return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+def _epoch_perm(cfg: Config, consts: Consts, k):
+    """The permutation in use at step `k` (an empty placeholder unless reshuffling,
+    so that the other samplings never pay for a shuffle)."""
+    if cfg.sampling != "reshuffle":
+        return jnp.zeros((0,), jnp.int32)
+    per_epoch = max(cfg.n // cfg.batch_size, 1)
+    return permutation(consts.key, k // per_epoch, cfg.n)
 
 
 def _batch(cfg: Config, consts: Consts, k, perm):
@@ -268,91 +278,95 @@ class ChunkOut(NamedTuple):
     num_records: jax.Array
     bad_step: jax.Array
     late_step: jax.Array
-    saved: State
     log_loss: jax.Array
     min_q: jax.Array
     moved: jax.Array
 
 
-@jax.jit(static_argnums=(0, 6))
-def run_chunk(
-    cfg: Config, consts: Consts, state: State, k_stop, schedule, use_dt, stride
-):
+def canonical_state(state: State) -> State:
+    """`state` with fixed, strongly typed dtypes (float64, int64).
+
+    The compiled functions are cached on the types of their arguments, and a
+    weakly typed scalar (from a Python number) is a different type from the
+    float64 array a chunk returns: without this every new kind of caller would
+    compile the engine again.
+    """
+    f64, i64 = jnp.float64, jnp.int64
+    return State(
+        z=tuple(jnp.asarray(a, f64) for a in state.z),
+        log_a=jnp.asarray(state.log_a, f64),
+        s=jnp.asarray(state.s, f64),
+        k=jnp.asarray(state.k, i64),
+        t=jnp.asarray(state.t, f64),
+        t_exact=jnp.asarray(state.t_exact, f64),
+        next_t=jnp.asarray(state.next_t, f64),
+    )
+
+
+def run_chunk(cfg: Config, consts: Consts, state: State, k_stop, schedule, use_dt):
     """Steps from `state.k` to `k_stop` (or until the record buffer is full).
 
     `schedule` holds the next scheduled record steps in increasing order (padded
     with a step that is never reached); a record is also taken whenever the
     estimated clock passes `state.next_t` and `use_dt` is set. The loop runs
     plain steps between records, so a record costs nothing until it is due.
+    With a full pass at every step, `late_step` is the first step of the chunk
+    with every sample classified.
 
-    With `stride > 0` (static) the chunk is a search for the late stage: every
-    `stride` steps (counted from `state.k`) it checks whether every sample is
-    classified, stops at the first such step (`late_step`) and returns in
-    `saved` the state at the last check before it. With a full pass at every
-    step the check is made at every step anyway and never stops the chunk.
+    One compilation serves every call with the same `cfg` and data shapes: the
+    other arguments are converted to fixed dtypes before the compiled call.
     """
-    per_epoch = max(cfg.n // cfg.batch_size, 1)
-    k0 = state.k
+    return _run_chunk(
+        cfg,
+        consts,
+        canonical_state(state),
+        jnp.asarray(k_stop, jnp.int64),
+        jnp.asarray(schedule, jnp.int64),
+        jnp.asarray(use_dt, jnp.bool_),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_chunk(cfg: Config, consts: Consts, state: State, k_stop, schedule, use_dt):
     minus_one = jnp.asarray(_NO_STEP, jnp.int64)
     zero = jnp.asarray(0, jnp.int64)
-
-    def epoch_perm(k):
-        return permutation(consts.key, k // per_epoch, cfg.n)
 
     def clock_due(state):
         return use_dt & (state.t >= state.next_t)
 
     # --- the inner loop: plain steps until a record is due ---
     def step_going(carry):
-        state, _, late_step, _, _ = carry
-        go = (state.k < carry[-1]) & jnp.isfinite(state.t) & ~clock_due(state)
-        if stride > 0:
-            go = go & (late_step < 0)
-        return go
+        state, _, _, k_next = carry
+        return (state.k < k_next) & jnp.isfinite(state.t) & ~clock_due(state)
 
     def step(carry):
-        state, perm, late_step, saved, k_next = carry
+        state, perm, late_step, k_next = carry
         if cfg.sampling == "reshuffle":
+            per_epoch = max(cfg.n // cfg.batch_size, 1)
             perm = jax.lax.cond(
-                state.k % per_epoch == 0, lambda: epoch_perm(state.k), lambda: perm
+                state.k % per_epoch == 0,
+                lambda: _epoch_perm(cfg, consts, state.k),
+                lambda: perm,
             )
         tr = transition(cfg, consts, state, perm)
         if cfg.full_pass:
             late = tr.min_q > 0
-        elif stride > 0:
-            check = (state.k - k0) % stride == 0
-
-            def classified():
-                return jnp.min(_margins(cfg, state.z, consts.X, consts.y)) > 0
-
-            late = jax.lax.cond(check, classified, lambda: jnp.asarray(False))
-            saved = jax.lax.cond(check & ~late, lambda: state, lambda: saved)
-        else:
-            late = jnp.asarray(False)
-        late_step = jnp.where(late & (late_step < 0), state.k, late_step)
-        if stride > 0 and not cfg.full_pass:
-            # stop where the classified state is, without stepping past it
-            new = jax.lax.cond(late, lambda: state, lambda: advance(cfg, state, tr))
-        else:
-            new = advance(cfg, state, tr)
-        return new, perm, late_step, saved, k_next
+            late_step = jnp.where(late & (late_step < 0), state.k, late_step)
+        return advance(cfg, state, tr), perm, late_step, k_next
 
     # --- the outer loop: one record (when due), then steps up to the next ---
     def keep_going(carry):
-        state, _, num_records, _, late_step, _ = carry
+        state, _, num_records, _, _ = carry
         go = (state.k < k_stop) & (num_records < cfg.capacity)
-        go = go & jnp.isfinite(state.t)
-        if stride > 0:
-            go = go & (late_step < 0)
-        return go
+        return go & jnp.isfinite(state.t)
 
     def segment(carry):
-        state, buffers, num_records, ptr, late_step, saved = carry
+        state, buffers, num_records, ptr, late_step = carry
         on_schedule = state.k == schedule[ptr]
         on_clock = clock_due(state)
 
         def write(buffers):
-            tr = transition(cfg, consts, state, epoch_perm(state.k))
+            tr = transition(cfg, consts, state, _epoch_perm(cfg, consts, state.k))
             values = record(cfg, consts, state, tr)
             return {
                 name: buffers[name].at[num_records].set(values[name])
@@ -368,15 +382,15 @@ def run_chunk(
         )
         state = state._replace(next_t=next_t)
         k_next = jnp.minimum(schedule[ptr], k_stop)
-        inner = (state, epoch_perm(state.k), late_step, saved, k_next)
-        state, _, late_step, saved, _ = jax.lax.while_loop(step_going, step, inner)
-        return state, buffers, num_records, ptr, late_step, saved
+        inner = (state, _epoch_perm(cfg, consts, state.k), late_step, k_next)
+        state, _, late_step, _ = jax.lax.while_loop(step_going, step, inner)
+        return state, buffers, num_records, ptr, late_step
 
     buffers = _empty_buffers(cfg, state.log_a.dtype)
-    carry = (state, buffers, zero, zero, minus_one, state)
+    carry = (state, buffers, zero, zero, minus_one)
     carry = jax.lax.while_loop(keep_going, segment, carry)
     start = state
-    state, buffers, num_records, _, late_step, saved = carry
+    state, buffers, num_records, _, late_step = carry
     moved = jnp.any(
         jnp.stack([jnp.any(a != b) for a, b in zip(state.z, start.z, strict=True)])
     )
@@ -387,24 +401,83 @@ def run_chunk(
     q_theta = jnp.exp(cfg.model.degree * state.log_a) * q
     log_loss = logsumexp(cfg.loss.log_value(q_theta)) - math.log(cfg.n)
     return ChunkOut(
-        state,
-        buffers,
-        num_records,
-        bad_step,
-        late_step,
-        saved,
-        log_loss,
-        jnp.min(q),
-        moved,
+        state, buffers, num_records, bad_step, late_step, log_loss, jnp.min(q), moved
     )
 
 
+class LocateOut(NamedTuple):
+    late_step: jax.Array
+    saved: State
+
+
+def locate_chunk(cfg: Config, consts: Consts, state: State, k_stop, stride):
+    """Searches $[state.k, k_{stop})$ for the first classified step.
+
+    Classification is checked every `stride` steps (counted from `state.k`),
+    or at every step when every step has a full pass anyway. The search stops
+    at the first classified step found (`late_step`, or -1 for none) and
+    returns in `saved` the state at the last unclassified check before it (the
+    start of a finer search). Nothing is recorded; `stride` is a traced value,
+    so every stride shares one compilation.
+    """
+    return _locate_chunk(
+        cfg,
+        consts,
+        canonical_state(state),
+        jnp.asarray(k_stop, jnp.int64),
+        jnp.asarray(stride, jnp.int64),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _locate_chunk(cfg: Config, consts: Consts, state: State, k_stop, stride):
+    per_epoch = max(cfg.n // cfg.batch_size, 1)
+    k0 = state.k
+
+    def going(carry):
+        state, _, late_step, _ = carry
+        return (state.k < k_stop) & jnp.isfinite(state.t) & (late_step < 0)
+
+    def step(carry):
+        state, perm, late_step, saved = carry
+        if cfg.sampling == "reshuffle":
+            perm = jax.lax.cond(
+                state.k % per_epoch == 0,
+                lambda: _epoch_perm(cfg, consts, state.k),
+                lambda: perm,
+            )
+        tr = transition(cfg, consts, state, perm)
+        if cfg.full_pass:
+            late = tr.min_q > 0
+        else:
+            check = (state.k - k0) % stride == 0
+
+            def classified():
+                return jnp.min(_margins(cfg, state.z, consts.X, consts.y)) > 0
+
+            late = jax.lax.cond(check, classified, lambda: jnp.asarray(False))
+            saved = jax.lax.cond(check & ~late, lambda: state, lambda: saved)
+        late_step = jnp.where(late, state.k, late_step)
+        # stop where the classified state is, without stepping past it
+        new = jax.lax.cond(late, lambda: state, lambda: advance(cfg, state, tr))
+        return new, perm, late_step, saved
+
+    minus_one = jnp.asarray(_NO_STEP, jnp.int64)
+    carry = (state, _epoch_perm(cfg, consts, state.k), minus_one, state)
+    _, _, late_step, saved = jax.lax.while_loop(going, step, carry)
+    return LocateOut(late_step, saved)
+
+
 @jax.jit
-def renormalize(state: State) -> State:
-    """$z \\leftarrow z/\\|z\\|$, $\\log a \\leftarrow \\log a + \\log\\|z\\|$."""
+def _renormalize(state: State) -> State:
     s_exact = _tree_dot(state.z, state.z)
     return state._replace(
         z=_tree_scale(1.0 / jnp.sqrt(s_exact), state.z),
         log_a=state.log_a + 0.5 * jnp.log(s_exact),
         s=jnp.ones_like(state.s),
     )
+
+
+def renormalize(state: State) -> State:
+    """$z \\leftarrow z/\\|z\\|$, $\\log a \\leftarrow \\log a + \\log\\|z\\|$."""
+    return _renormalize(canonical_state(state))

@@ -66,15 +66,16 @@ def _initial_state(model, theta0, full_pass) -> _engine.State:
             "`theta0` is zero; the direction is undefined. Use model.init."
         )
     norm = math.sqrt(sq)
-    zero = jnp.asarray(0.0)
-    return _engine.State(
-        z=tuple(jnp.asarray(a, jnp.float64) / norm for a in theta),
-        log_a=jnp.asarray(math.log(norm)),
-        s=jnp.asarray(1.0),
-        k=jnp.asarray(0, jnp.int64),
-        t=zero,
-        t_exact=zero if full_pass else jnp.asarray(jnp.nan),
-        next_t=zero,
+    return _engine.canonical_state(
+        _engine.State(
+            z=tuple(jnp.asarray(a, jnp.float64) / norm for a in theta),
+            log_a=math.log(norm),
+            s=1.0,
+            k=0,
+            t=0.0,
+            t_exact=0.0 if full_pass else math.nan,
+            next_t=0.0,
+        )
     )
 
 
@@ -211,10 +212,10 @@ def run(
         consts = _engine.Consts(
             X,
             y,
-            jnp.asarray(math.log(phase_step)),
-            jnp.asarray(log_max_step),
+            jnp.asarray(math.log(phase_step), jnp.float64),
+            jnp.asarray(log_max_step, jnp.float64),
             base_key,
-            jnp.asarray(record.dt if record.dt else 1.0),
+            jnp.asarray(record.dt if record.dt else 1.0, jnp.float64),
         )
         return _Phase(cfg, consts, phase_step, phase_loss)
 
@@ -375,9 +376,8 @@ def run(
                 phase.consts,
                 state,
                 k_stop,
-                jnp.asarray(window),
+                window,
                 record.dt is not None,
-                0,
             )
             num_records = int(out.num_records)
             if num_records:
@@ -408,7 +408,7 @@ def run(
             # --- chunk end: late stage, divergence, warm-up, renormalization ---
             log_loss, min_q = float(out.log_loss), float(out.min_q)
             if late_stage_step is None and min_q > 0:
-                late_stage_step = _locate(phase, last_check, k, pad)
+                late_stage_step = _locate(phase, last_check, k)
             aligned = k % chunk == 0
             if aligned and late_stage_step is not None and not in_warmup:
                 rising = rising + 1 if log_loss > prev_log_loss else 0
@@ -458,18 +458,15 @@ def run(
     return make_trace(final, status, messages)
 
 
-def _locate(phase, start, k_end, pad) -> int:
+def _locate(phase, start, k_end) -> int:
     """The first step in $[start.k, k_{end}]$ with every sample classified."""
-    no_records = jnp.asarray(pad)
-    out = _engine.run_chunk(
-        phase.cfg, phase.consts, start, k_end + 1, no_records, False, _LOCATE_STRIDE
+    out = _engine.locate_chunk(
+        phase.cfg, phase.consts, start, k_end + 1, _LOCATE_STRIDE
     )
     found = int(out.late_step)
     if found < 0:
         return k_end
-    out = _engine.run_chunk(
-        phase.cfg, phase.consts, out.saved, found + 1, no_records, False, 1
-    )
+    out = _engine.locate_chunk(phase.cfg, phase.consts, out.saved, found + 1, 1)
     return int(out.late_step) if int(out.late_step) >= 0 else found
 
 
@@ -477,7 +474,5 @@ def _final_record(phase, state, pad) -> dict:
     """The record at `state.k`, taken by a one-step chunk whose state is dropped."""
     window = pad.copy()
     window[0] = int(state.k)
-    out = _engine.run_chunk(
-        phase.cfg, phase.consts, state, state.k + 1, jnp.asarray(window), False, 0
-    )
+    out = _engine.run_chunk(phase.cfg, phase.consts, state, state.k + 1, window, False)
     return {name: np.asarray(v[:1]) for name, v in out.records.items()}
