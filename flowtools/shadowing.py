@@ -44,7 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
-__all__ = ["ShadowingReport", "fit_decay", "measure", "window_starts"]
+__all__ = [
+    "ShadowingReport",
+    "fit_decay",
+    "late_stage_index",
+    "measure",
+    "window_starts",
+]
 
 _REFERENCE_KINDS = ("mean_field", "inclusion")
 _DIAGNOSTIC_CHUNK = 32
@@ -310,7 +316,7 @@ def _late_stage_first(trace: Any, k: np.ndarray, margin: np.ndarray) -> int:
                 f"The late stage starts at step {step}, after the last record "
                 f"(step {k[-1]}); record further or give starts explicitly."
             )
-        return int(after[0])
+        return _stays_positive(int(after[0]), margin)
     positive = np.nonzero((margin > 0) & (index >= lower))[0]
     if positive.size == 0:
         raise ValueError(
@@ -320,6 +326,30 @@ def _late_stage_first(trace: Any, k: np.ndarray, margin: np.ndarray) -> int:
             "longer or with another step size."
         )
     return int(positive[0])
+
+
+def _stays_positive(entry: int, margin: np.ndarray) -> int:
+    # SGD may misclassify a sample again for a while just after the entry step:
+    # windows start at the first record after which the margin stays positive.
+    negative = np.nonzero(margin[entry:] <= 0)[0]
+    if negative.size and entry + negative[-1] + 1 < len(margin):
+        return entry + int(negative[-1]) + 1
+    return entry
+
+
+def late_stage_index(trace: Any) -> int:
+    """Index of the first record from which SGD stays in the late stage.
+
+    That is the first record at or after the late-stage entry step (and after any
+    warm-up phase) after which the normalized margin stays positive at every
+    record: SGD may misclassify a sample again for a while just after entering.
+
+    **Raises:**
+
+    - `ValueError`: when no record is in the late stage.
+    """
+    k = np.asarray(trace.k)
+    return _late_stage_first(trace, k, np.asarray(trace.margin))
 
 
 # ---------------------------------------------------------------------------
