@@ -529,6 +529,22 @@ def _compare(config: Config, out: Path, progress: bool, log):
     return res
 
 
+def _header(kind: str, config: Config, ds, model) -> dict:
+    """The part of a summary shared by every job: config, versions, data, model."""
+    return {
+        "kind": kind,
+        "config": config.to_dict(),
+        "versions": _versions(),
+        "data": {"name": ds.name, "n": int(ds.n), "dim": int(ds.dim)},
+        "model": {
+            "description": _describe(model),
+            "layers": model.describe(),
+            "degree": int(model.degree),
+            "num_params": int(model.num_params),
+        },
+    }
+
+
 def _now() -> float:
     import time
 
@@ -558,16 +574,7 @@ def _compare_summary(config, ds, model, trace, report, i0, times) -> dict:
     t = np.asarray(trace.t)
     entry = int(min(np.searchsorted(trace.k, trace.late_stage_step), len(t) - 1))
     return {
-        "kind": "compare",
-        "config": config.to_dict(),
-        "versions": _versions(),
-        "data": {"name": ds.name, "n": int(ds.n), "dim": int(ds.dim)},
-        "model": {
-            "description": _describe(model),
-            "layers": model.describe(),
-            "degree": int(model.degree),
-            "num_params": int(model.num_params),
-        },
+        **_header("compare", config, ds, model),
         "num_steps": int(np.asarray(trace.k)[-1]),
         "late_stage_step": int(trace.late_stage_step),
         "flow_time_at_entry": float(t[entry]),
@@ -711,16 +718,7 @@ def _flow_alone(config: Config, out: Path, u0, progress: bool, log):
         arrays["map.flow_t"] = np.asarray(sol.ts)
         arrays["map.flow_u"] = us[None]
     summary = {
-        "kind": "flow",
-        "config": config.to_dict(),
-        "versions": _versions(),
-        "data": {"name": ds.name, "n": int(ds.n), "dim": int(ds.dim)},
-        "model": {
-            "description": _describe(model),
-            "layers": model.describe(),
-            "degree": int(model.degree),
-            "num_params": int(model.num_params),
-        },
+        **_header("flow", config, ds, model),
         "start": "random" if u0 is None else "given",
         "flow_time": float(np.asarray(sol.ts)[-1]),
         "final": {

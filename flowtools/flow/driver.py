@@ -237,14 +237,16 @@ def integrate_mean_field(
     \\tfrac{d}{dt}\\log\\rho = L \\sum_i \\lambda_i q_i(u), \\qquad
     \\lambda = \\mathrm{softmax}\\big(\\log w(\\rho^L q(u))\\big)$$
 
-    over every sample (`field.all_pieces`), with Tsit5 and PID control. The
+    over every sample (one forward pass of `field.margins` and one reverse pass
+    with the weights held fixed; fields without `margins` use `field.all_pieces`),
+    with Tsit5 and PID control. The
     weights are computed in log space, so late stages (huge $\\rho^L q$) do not
     underflow. Its temperature $\\rho^{-L}$ falls as the norm grows: the
     GD-matched, annealed softmin flow, which tends to the inclusion.
 
     **Arguments:**
 
-    - `field`: a `MarginField` (needs `all_pieces`, `degree`).
+    - `field`: a `MarginField` (needs `margins` or `all_pieces`, and `degree`).
     - `u0`: start `(p,)`, or a batch `(b, p)` (one compilation, `vmap`).
     - `log_rho0`: $\\log\\rho$ at the start, scalar or `(b,)`.
     - `t1`, `t0`, `dt0`, `saveat`, `rtol`, `atol`, `max_steps`, `progress`,
