@@ -232,7 +232,7 @@ def decomposition_figure(res) -> Figure:
 
     **Returns:** a matplotlib `Figure`.
     """
-    fig, (ax,) = _figure(width=4.6, height=3.0)
+    fig, (ax,) = _figure(width=4.6, height=3.4)
     k = _positive_k(_array(res, "trace.k"))
     late, entry = _late(res)
     series = [
@@ -259,7 +259,8 @@ def decomposition_figure(res) -> Figure:
     ax.set_xlabel(_K_LABEL)
     ax.set_ylabel("norm of the term (dimensionless)")
     ax.set_title("Decomposition of the normalized SGD step")
-    ax.legend(loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 

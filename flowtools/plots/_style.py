@@ -76,4 +76,4 @@ def _mark_entry(ax, entry, *, in_time=None):
     if entry is None:
         return
     x = in_time if in_time is not None else max(entry, 1)
-    ax.axvline(x, color="0.5", lw=0.8, ls=":", label="late-stage entry")
+    ax.axvline(x, color="0.5", lw=0.8, ls=":", label="late stage from here on")
