@@ -85,6 +85,16 @@ def test_draw_all_writes_every_figure(tmp_path):
             assert path.read_bytes()[:4] == b"%PDF"
 
 
+def test_draw_all_draws_only_the_named_figures(tmp_path):
+    res = _compare_results()
+    written = plots.draw_all(
+        res, tmp_path, formats=("png",), dpi=60, names=("shadowing",)
+    )
+    assert [p.name for p in written] == ["shadowing.png"]
+    with pytest.raises(ValueError, match="not figures of these results"):
+        plots.draw_all(res, tmp_path, names=("nonsense",))
+
+
 def test_every_axis_is_labelled_and_log_where_it_spans_decades():
     res = _compare_results()
     for name, make in plots.FIGURES.items():

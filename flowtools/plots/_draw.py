@@ -32,6 +32,7 @@ def draw_all(
     folder: str | os.PathLike,
     formats: Sequence[str] = ("png", "pdf"),
     dpi: int = 200,
+    names: Sequence[str] | None = None,
 ) -> list[Path]:
     """Draw every figure that the results support and save each in every format.
 
@@ -41,6 +42,8 @@ def draw_all(
     - `folder`: where to write `NAME.png`, `NAME.pdf`, ... (created when missing).
     - `formats`: file formats understood by matplotlib.
     - `dpi`: resolution of raster formats.
+    - `names`: draw only these figures (keys of `FIGURES`, or `"flow"`); all
+      by default.
 
     **Returns:** the paths written.
 
@@ -53,6 +56,14 @@ def draw_all(
         makers = {"flow": flow_figure, "sphere": sphere_figure}
     else:
         makers = FIGURES
+    if names is not None:
+        unknown = sorted(set(names) - set(makers))
+        if unknown:
+            raise ValueError(
+                f"names={unknown} are not figures of these results; choose from "
+                f"{sorted(makers)}."
+            )
+        makers = {name: makers[name] for name in names}
     written = []
     for name, make in makers.items():
         with matplotlib.rc_context(_RC):
