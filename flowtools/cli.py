@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (compare, flow):
         sub.add_argument("--config", metavar="FILE", help="TOML configuration file")
         sub.add_argument(
-            "--out", metavar="DIR", help="output folder (default: output.out)"
+            "--out",
+            metavar="DIR",
+            help="output folder (default: output.out for compare, output.out "
+            "followed by '-flow' for flow)",
         )
         sub.add_argument(
             "--no-progress", action="store_true", help="hide progress meters"
@@ -204,7 +207,12 @@ def _run(args) -> int:
     if args.show_config:
         print(config.to_toml())
         return 0
-    out = args.out if args.out is not None else config.output.out
+    out = args.out
+    if out is None:
+        # the flow alone gets a folder of its own, so that it never overwrites the
+        # results of a comparison run
+        suffix = "-flow" if args.command == "flow" else ""
+        out = f"{config.output.out}{suffix}"
     progress = not args.no_progress
     if args.command == "compare":
         res = experiment.run_compare(config, out, progress=progress, log=_log)
@@ -259,22 +267,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # the command line reports every failure in words
         if args.debug:
             raise
-        _err(_describe(err))
+        _err(_describe(err, writes=args.command in ("compare", "flow")))
         return 1
     finally:
         warnings.showwarning = show
 
 
-def _describe(err: Exception) -> str:
-    from flowtools import experiment
+def _describe(err: Exception, writes: bool) -> str:
+    from flowtools import experiment, sgd
 
     if isinstance(err, experiment.ConfigError | experiment.ExperimentError):
         return str(err)
-    kind = type(err).__name__
-    return (
-        f"{err} ({kind}). Earlier results in the output folder were left untouched; "
-        "rerun with --debug for the full traceback."
-    )
+    text = str(err)
+    if not isinstance(err, sgd.SGDDivergenceError | ValueError | OSError):
+        # an unexpected failure: say what kind it is
+        text += f" ({type(err).__name__})"
+    if writes:
+        text += " Earlier results in the output folder were left as they were."
+    return text + " Rerun with --debug for the full traceback."
 
 
 if __name__ == "__main__":

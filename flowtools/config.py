@@ -339,6 +339,12 @@ def _validate(config: Config) -> Config:
     _check_choice(m.kind, _MODEL_KINDS, "model.kind")
     _check_choice(m.activation, ("relu", "leaky_relu"), "model.activation")
     _check_choice(m.pool, ("max", "avg"), "model.pool")
+    if m.kind == "mlp" and (not m.widths or min(m.widths) < 1):
+        raise ConfigError(
+            f"model.widths={list(m.widths)}: an MLP needs at least one hidden layer "
+            "of positive width (e.g. model.widths=[32]); for a linear model use "
+            "model.kind=linear."
+        )
     _check_choice(config.loss.name, _LOSSES, "loss.name")
     _check_choice(s.sampling, _SAMPLINGS, "sgd.sampling")
     _check_choice(s.step_rule, _STEP_RULES, "sgd.step_rule")

@@ -240,6 +240,47 @@ def test_failure_while_writing_keeps_previous_results(previous, monkeypatch):
     assert not [p for p in folder.iterdir() if p.name.startswith(".flowtools")]
 
 
+def test_failure_while_publishing_rolls_back(previous, monkeypatch):
+    # A rename that fails half-way through publishing (here the third one) must
+    # put every earlier file back: old report and old arrays stay a matching pair.
+    config, folder, before = previous
+    from flowtools import experiment
+    from flowtools.experiment import _output
+
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky(src, dst):
+        if ".flowtools-staging-" in str(src):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_output.os, "replace", flaky)
+    res = results.Results.load(folder)
+    res.summary["marker"] = "new results that must not appear"
+    with pytest.raises(OSError, match="No space left"):
+        experiment._write_outputs(folder, res, experiment.load_config(config))
+    assert calls["n"] == 3
+    assert _snapshot(folder) == before
+    assert not [p for p in folder.iterdir() if p.name.startswith(".flowtools")]
+
+
+def test_folder_in_the_way_is_refused_before_publishing(previous, capsys):
+    config, folder, _ = previous
+    (folder / "config.toml").unlink()
+    (folder / "config.toml").mkdir()
+    before = _snapshot(folder)
+    status = cli.main(
+        ["compare", "--config", str(config), "--out", str(folder), "--no-progress"]
+    )
+    assert status == 1
+    message = " ".join(capsys.readouterr().err.split())
+    assert "is a folder where a result file must go" in message
+    assert _snapshot(folder) == before
+
+
 def test_no_late_stage_is_reported(tmp_path, capsys):
     # x and -x with the same label: no linear model classifies both, so the run
     # ends without a late stage and says so.

@@ -242,3 +242,8 @@ def test_flow_start_file_is_checked(tmp_path):
     )
     with pytest.raises(ExperimentError, match="has 3 entries, the model has 2"):
         experiment.run_flow(config, tmp_path / "out", u0=bad, progress=False)
+
+
+def test_mlp_without_hidden_layer_is_refused_before_any_run():
+    with pytest.raises(ConfigError, match="at least one hidden layer"):
+        experiment.load_config(None, ["model.widths=[]"])

@@ -419,3 +419,21 @@ def test_bad_step_and_start(net, ds, theta0):
     zero = tuple(jnp.zeros_like(a) for a in theta0)
     with pytest.raises(ValueError, match="`theta0` is zero"):
         sgd.run(net, ds, zero, 0.1, 10)
+
+
+def test_exploding_flow_time_with_dt_records_is_divergence(net, ds):
+    # A huge step makes eta_k so large that t_k + dt rounds to t_k: the flow-time
+    # record schedule can no longer advance. That must end the run with a
+    # divergence error in bounded time, not fill record buffers forever.
+    theta0 = net.init(jax.random.key(0), scale=0.5)
+    with pytest.raises(sgd.SGDDivergenceError, match="flow time stopped advancing"):
+        sgd.run(
+            net,
+            ds,
+            theta0,
+            50.0,
+            2000,
+            batch_size=2,
+            record={"log_points": 0, "dt": 0.02},
+            chunk=64,
+        )

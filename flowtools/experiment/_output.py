@@ -1,11 +1,11 @@
 """The output folder: a writability check before any computation, and atomic
 publishing of the results once everything is written.
 
-Results are first written into a staging folder inside the output folder; each of
-its files is then moved into place by one atomic rename, so a failure while
-writing leaves the earlier results untouched. The set of files is not replaced
-as one transaction: a crash between two renames leaves a mix of old and new
-files, each of them whole.
+Results are first written into a staging folder inside the output folder, then
+moved into place file by file with atomic renames as one transaction: a failure
+while writing or while moving leaves the earlier results as they were. (A hard
+crash of the process between two renames can still leave the previous files in
+a hidden `.flowtools-previous-*` folder inside the output folder.)
 """
 
 import os
@@ -67,13 +67,51 @@ def _guarded(out_dir, body):
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Move every file of `staging` into `out`, each by one atomic rename."""
-    for src in sorted(staging.rglob("*")):
-        if src.is_dir():
-            continue
-        dest = out / src.relative_to(staging)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+    """Move every file of `staging` into `out` as one transaction.
+
+    Each file goes in by one atomic rename; a file it replaces is first moved
+    aside, and if any move fails every file already moved is taken out again and
+    the files moved aside are put back, so `out` holds either all the new files
+    or all the old ones. A folder standing where a file must go is refused before
+    anything moves.
+    """
+    files = [src for src in sorted(staging.rglob("*")) if not src.is_dir()]
+    blocked = [
+        str(out / src.relative_to(staging))
+        for src in files
+        if (out / src.relative_to(staging)).is_dir()
+    ]
+    if blocked:
+        raise ExperimentError(
+            f"cannot write results into {out}: {', '.join(blocked)} "
+            f"{'is a folder' if len(blocked) == 1 else 'are folders'} where a result "
+            "file must go. Move it away or choose another --out."
+        )
+
+    aside = Path(tempfile.mkdtemp(prefix=".flowtools-previous-", dir=out))
+    done = []  # (destination, its previous file moved aside or None, placed)
+    try:
+        for src in files:
+            relative = src.relative_to(staging)
+            dest = out / relative
+            previous = None
+            if os.path.lexists(dest):
+                previous = aside / relative
+                previous.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(dest, previous)
+            done.append((dest, previous, False))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            done[-1] = (dest, previous, True)
+    except BaseException:
+        for dest, previous, placed in reversed(done):
+            if placed:
+                os.remove(dest)
+            if previous is not None:
+                os.replace(previous, dest)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_outputs(

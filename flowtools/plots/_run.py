@@ -63,7 +63,7 @@ def margins_figure(res) -> Figure:
             )
     ax.set_xlabel(_T_LABEL)
     ax.set_ylabel("margin (normalized by $\\|\\theta\\|^L$)")
-    ax.set_title("Margins after the late-stage entry")
+    ax.set_title("Margins in the late stage")
     ax.legend(loc="lower right")
     return fig
 

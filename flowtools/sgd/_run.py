@@ -383,11 +383,23 @@ def run(
             if num_records:
                 fetched = jax.device_get(out.records)
                 for name, values in fetched.items():
-                    stored[name].append(values[:num_records])
+                    # a copy, so that the whole record buffer is not kept alive
+                    stored[name].append(np.array(values[:num_records]))
                 stored["phase"].append(np.full(num_records, 0 if in_warmup else 1))
             if int(out.bad_step) >= 0:
                 diverge("NaN or infinite values", int(out.bad_step), state, phase)
             steps_taken = int(out.state.k) - k
+            if steps_taken == 0:
+                # a full record buffer without a single step: the flow-time
+                # schedule no longer advances, because eta_k is so large that
+                # t_k + dt rounds to t_k
+                diverge(
+                    "the flow time stopped advancing (the effective step eta_k is "
+                    "so large that t_k + dt rounds to t_k)",
+                    k,
+                    state,
+                    phase,
+                )
             if steps_taken >= 100 and not bool(out.moved):
                 diverge(
                     "the direction froze: every step is below float64 resolution, "
