@@ -122,6 +122,12 @@ def test_fitted_line_has_the_stored_slope():
     slope = np.diff(np.log(y)) / np.diff(np.log(x))
     np.testing.assert_allclose(slope, -0.6, rtol=1e-10)  # float64 rounding only
 
+    # The right panel's line has the stored exponential rate in flow time.
+    dashed = [ln for ln in fig.axes[1].get_lines() if ln.get_linestyle() == "--"]
+    t, y = dashed[0].get_data()
+    rate = np.diff(np.log(y)) / np.diff(t)
+    np.testing.assert_allclose(rate, -3.0, rtol=1e-10)  # float64 rounding only
+
 
 def test_sgd_margins_are_the_saved_ones():
     res = _compare_results()

@@ -168,6 +168,19 @@ def test_planted_inclusion_trace_within_first_order_error(circle_field):
     assert np.all(report.closest == 0)
 
 
+def test_fit_decay_recovers_an_exponential_rate():
+    rng = np.random.default_rng(1)
+    t = np.linspace(3.0, 4.5, 12)
+    noise = 0.01 * rng.standard_normal(t.size)
+    rate, stderr = shadowing.fit_decay(t, 0.2 * np.exp(-2.5 * t + noise), log_x=False)
+    # noise of 1% on log y over 12 points: the rate is within 5 standard errors
+    assert abs(rate + 2.5) < 5 * stderr and stderr < 0.1
+    x_c = t - t.mean()
+    assert rate == pytest.approx(
+        float(x_c @ (np.log(0.2) - 2.5 * t + noise)) / float(x_c @ x_c), rel=1e-12
+    )
+
+
 def test_fit_decay_recovers_a_power_law():
     rng = np.random.default_rng(2)
     x = np.geomspace(10, 1e6, 30)

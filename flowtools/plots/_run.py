@@ -68,12 +68,17 @@ def margins_figure(res) -> Figure:
     return fig
 
 
-def _fit_line(x, y, slope):
-    """A line of the given log-log slope through the geometric mean of the points."""
-    ok = (x > 0) & (y > 0)
-    c = np.mean(np.log(y[ok]) - slope * np.log(x[ok]))
-    xs = np.geomspace(x[ok].min(), x[ok].max(), 50)
-    return xs, np.exp(c + slope * np.log(xs))
+def _fit_line(x, y, slope, log_x=True):
+    """The fitted line through the points' mean: of log-log slope `slope`, or of
+    exponential rate `slope` when `log_x` is false."""
+    ok = (y > 0) & ((x > 0) if log_x else np.isfinite(x))
+    X = np.log(x[ok]) if log_x else x[ok]
+    c = np.mean(np.log(y[ok]) - slope * X)
+    if log_x:
+        xs = np.geomspace(x[ok].min(), x[ok].max(), 50)
+        return xs, np.exp(c + slope * np.log(xs))
+    xs = np.linspace(x[ok].min(), x[ok].max(), 50)
+    return xs, np.exp(c + slope * xs)
 
 
 def shadowing_figure(res) -> Figure:
@@ -111,9 +116,13 @@ def shadowing_figure(res) -> Figure:
             if axis not in fit or not np.isfinite(fit[axis]["slope"]):
                 continue
             slope, stderr = fit[axis]["slope"], fit[axis]["stderr"]
-            xs, ys = _fit_line(x, d, slope)
+            power = axis == "vs_k"
+            xs, ys = _fit_line(x, d, slope, log_x=power)
             ax.plot(xs, ys, "--", color=color, lw=0.9, alpha=0.8)
-            slopes.append(f"${var}^{{{slope:.2f}\\pm{stderr:.2f}}}$")
+            if power:
+                slopes.append(f"${var}^{{{slope:.2f}\\pm{stderr:.2f}}}$")
+            else:
+                slopes.append(f"$e^{{({slope:.2f}\\pm{stderr:.2f})\\,{var}}}$")
         label = _REF_LABELS.get(ref, ref)
         if slopes:
             label += ": fit $\\propto$ " + ", ".join(slopes)

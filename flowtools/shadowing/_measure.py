@@ -326,7 +326,7 @@ def measure(
     for label, values in distance.items():
         fits[label] = {
             "vs_k": fit_decay(k[idx], values),
-            "vs_t": fit_decay(t[idx], values),
+            "vs_t": fit_decay(t[idx], values, log_x=False),
         }
     for label, values in (
         ("stationarity", stationarity),
@@ -334,7 +334,7 @@ def measure(
     ):
         fits[label] = {
             "vs_k": fit_decay(k[run], values),
-            "vs_t": fit_decay(t[run], values),
+            "vs_t": fit_decay(t[run], values, log_x=False),
         }
 
     if np.any(~np.isfinite(np.concatenate(list(distance.values())))):

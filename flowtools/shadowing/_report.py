@@ -35,8 +35,9 @@ class ShadowingReport:
     - `closest`: for each window, the index in `inclusion_references` of the
       closest inclusion flow, `(w,)`.
     - `fits`: per label (and `"stationarity"`, `"stationarity_fixed"`), a dict
-      `{"vs_k": (slope, stderr), "vs_t": (slope, stderr)}` of log-log
-      least-squares fits; a decay has a negative slope.
+      `{"vs_k": (slope, stderr), "vs_t": (rate, stderr)}` of least-squares fits:
+      the log-log slope against $k$ and the exponential rate against $t_k$ (the
+      slope of the log of the value against $t_k$); a decay has a negative slope.
     - `k`, `t`, `eta`, `log_rho`, `rho`, `margin`, `smoothed`: the run along the
       records used for diagnostics, `(m,)`.
     - `eps_tau`: the tied slack $\\rho_k^{-L}\\log n$, `(m,)`.
@@ -103,26 +104,34 @@ class ShadowingReport:
         return rows
 
 
-def fit_decay(x: Any, y: Any) -> tuple[float, float]:
-    """Least-squares slope of $\\log y$ against $\\log x$, with its standard error.
+def fit_decay(x: Any, y: Any, *, log_x: bool = True) -> tuple[float, float]:
+    r"""Least-squares slope of $\log y$ against $\log x$ (or against $x$), with its
+    standard error.
 
-    Only pairs with both values finite and positive are used. A decay like
-    $y \\propto x^{-a}$ gives slope $-a$.
+    Only pairs with both values finite (and positive where a log is taken) are
+    used. With `log_x=True` a power law $y \propto x^{-a}$ gives slope $-a$; with
+    `log_x=False` an exponential decay $y \propto e^{-r x}$ gives slope $-r$. The
+    second suits flow time $t_k$, whose origin depends on the run before the late
+    stage, so that a power of $t_k$ would mean little.
 
     **Arguments:**
 
     - `x`, `y`: arrays of the same length.
+    - `log_x`: regress on $\log x$ (power law) or on $x$ (exponential rate).
 
     **Returns:**
 
     `(slope, stderr)`; the standard error is
-    $\\sqrt{\\mathrm{SSR}/(n-2) / \\sum_i (\\log x_i - \\overline{\\log x})^2}$,
-    NaN with fewer than 3 usable points; both are NaN with fewer than 2.
+    $\sqrt{\mathrm{SSR}/(n-2) / \sum_i (X_i - \overline{X})^2}$ with $X$ the
+    regressor, NaN with fewer than 3 usable points; both are NaN with fewer than 2.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    lx, ly = np.log(x[keep]), np.log(y[keep])
+    keep = np.isfinite(x) & np.isfinite(y) & (y > 0)
+    if log_x:
+        keep &= x > 0
+    lx = np.log(x[keep]) if log_x else x[keep]
+    ly = np.log(y[keep])
     if lx.size < 2 or np.ptp(lx) == 0.0:
         return (math.nan, math.nan)
     lx_c = lx - lx.mean()
