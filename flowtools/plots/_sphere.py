@@ -28,21 +28,19 @@ def sphere_figure(res) -> Figure | None:
     return _sphere_map_figure(res, margin, flows, sgd_u)
 
 
+def _mark_best(ax, x, y):
+    """A star at the best direction of the grid."""
+    ax.plot(
+        x, y, "*", color="gold", mec="k", ms=11, zorder=5, label="best grid direction"
+    )
+
+
 def _circle_figure(res, margin, flows, sgd_u):
     angle = _array(res, "map.angle")
     fig, (ax_map, ax_time) = _figure(ncols=2, width=3.4, height=2.8)
     ax_map.plot(angle, margin, color="0.3", lw=1.2, label="$\\bar\\gamma(u)$")
     best = np.argmax(margin)
-    ax_map.plot(
-        angle[best],
-        margin[best],
-        "*",
-        color="gold",
-        mec="k",
-        ms=11,
-        zorder=5,
-        label="best grid direction",
-    )
+    _mark_best(ax_map, angle[best], margin[best])
     if flows is not None:
         ts = _array(res, "map.flow_t")
         for j, path in enumerate(flows):
@@ -129,16 +127,7 @@ def _sphere_map_figure(res, margin, flows, sgd_u):
         if sgd_u is not None:
             x, y = (np.degrees(v) for v in _lonlat(sgd_u))
             ax.plot(x, y, ".", ms=2.5, color="k", label="SGD iterates $u_k$")
-        ax.plot(
-            lon[j],
-            lat[i],
-            "*",
-            color="gold",
-            mec="k",
-            ms=11,
-            zorder=5,
-            label="best grid direction",
-        )
+        _mark_best(ax, lon[j], lat[i])
         ax.set_xlabel("longitude of $u$ (degrees)")
         ax.set_ylabel("latitude of $u$ (degrees)")
         ax.grid(False)

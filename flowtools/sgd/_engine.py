@@ -126,6 +126,17 @@ def _epoch_perm(cfg: Config, consts: Consts, k):
     return permutation(consts.key, k // per_epoch, cfg.n)
 
 
+def _current_perm(cfg: Config, consts: Consts, k, perm):
+    """The permutation for step `k`: a fresh one at each epoch start when
+    reshuffling, `perm` otherwise."""
+    if cfg.sampling != "reshuffle":
+        return perm
+    per_epoch = max(cfg.n // cfg.batch_size, 1)
+    return jax.lax.cond(
+        k % per_epoch == 0, lambda: _epoch_perm(cfg, consts, k), lambda: perm
+    )
+
+
 def _batch(cfg: Config, consts: Consts, k, perm):
     if cfg.sampling == "full":
         return consts.X, consts.y
@@ -341,13 +352,7 @@ def _run_chunk(cfg: Config, consts: Consts, state: State, k_stop, schedule, use_
 
     def step(carry):
         state, perm, late_step, k_next = carry
-        if cfg.sampling == "reshuffle":
-            per_epoch = max(cfg.n // cfg.batch_size, 1)
-            perm = jax.lax.cond(
-                state.k % per_epoch == 0,
-                lambda: _epoch_perm(cfg, consts, state.k),
-                lambda: perm,
-            )
+        perm = _current_perm(cfg, consts, state.k, perm)
         tr = transition(cfg, consts, state, perm)
         if cfg.full_pass:
             late = tr.min_q > 0
@@ -431,7 +436,6 @@ def locate_chunk(cfg: Config, consts: Consts, state: State, k_stop, stride):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _locate_chunk(cfg: Config, consts: Consts, state: State, k_stop, stride):
-    per_epoch = max(cfg.n // cfg.batch_size, 1)
     k0 = state.k
 
     def going(carry):
@@ -440,12 +444,7 @@ def _locate_chunk(cfg: Config, consts: Consts, state: State, k_stop, stride):
 
     def step(carry):
         state, perm, late_step, saved = carry
-        if cfg.sampling == "reshuffle":
-            perm = jax.lax.cond(
-                state.k % per_epoch == 0,
-                lambda: _epoch_perm(cfg, consts, state.k),
-                lambda: perm,
-            )
+        perm = _current_perm(cfg, consts, state.k, perm)
         tr = transition(cfg, consts, state, perm)
         if cfg.full_pass:
             late = tr.min_q > 0
