@@ -160,6 +160,8 @@ def stationarity_figure(res) -> Figure:
     if len(k) != len(late):
         late = np.ones(k.shape, bool)
     k = _positive_k(k)
+    eps = res.summary.get("config", {}).get("flow", {}).get("eps")
+    fixed = "fixed $\\epsilon$" if eps is None else f"fixed $\\epsilon$ = {eps:g}"
     series = [
         (
             "shadowing.stationarity",
@@ -169,7 +171,7 @@ def stationarity_figure(res) -> Figure:
         ),
         (
             "shadowing.stationarity_fixed",
-            "stationarity, fixed $\\epsilon$",
+            f"stationarity, {fixed}",
             "--",
             _COLORS["smoothed"],
         ),
